@@ -19,33 +19,51 @@ Method
    them (the centroid of a cut-off vertebra is biased toward the part inside the scan); an
    incomplete vertebra takes the tangent at its nearest complete neighbour.
 3. **Spinal canal.** The vertebra's voxels are projected along the cranial axis onto a 2-D
-   occupancy image (pixel = smallest voxel spacing). Small gaps are closed (disk radius 1 px,
-   then 2, 3, 5 px while no hole of at least ``MIN_CANAL_AREA_M2`` appears) and holes filled;
+   occupancy image (pixel = smallest voxel spacing). Small gaps are closed (disk radius 1 mm,
+   then 2, 3, 5 mm while no hole of at least ``MIN_CANAL_AREA_M2`` appears) and holes filled;
    the canal is the largest enclosed hole. Its centroid, placed at the height of the vertebra
    centroid, is the canal centre and ``sqrt(area / pi)`` the canal radius. If the ring stays open,
-   the spinal cord label (79) inside the vertebra's extent gives the centre and (a smaller) radius.
-4. **Posterior and left axes.** Posterior = (canal centre - centroid), orthogonal to the cranial
-   axis by construction, normalised; left = posterior x cranial, so ``axes = [left, posterior,
-   cranial]`` is a right-handed rotation and equals the identity for a straight, untilted spine.
-   When the canal is missing, lies within 1 mm of the centroid (e.g. C1) or points more than 60
-   degrees away from +y, the projection of +y is used instead.
-5. **Pedicle screws** (complete T1..L5 vertebrae with a canal). The vertebra mask is resampled
-   trilinearly (threshold 0.5) onto a grid aligned with its axes (spacing = smallest voxel
-   spacing, at most 1 mm), coordinates ``(a, b, c)`` = (left, posterior, cranial) from the
-   centroid. The vertebral body is the largest component of bone anterior to the canal. For each
-   side the planes of constant ``b`` through the canal's antero-posterior range are scanned; in
-   each plane the bone on that side of the mid-sagittal plane is split into connected components
-   and the one reaching closest to the midline (the pedicle, next to the canal) is measured. The
-   area profile is smoothed over 3 planes; the isthmus is the plane of smallest area, its
-   cross-section centroid (or, if the centroid falls outside a non-convex section, the point
-   deepest inside it) the isthmus point, and the maximum of its 2-D distance transform (minus
-   half a pixel) the corridor radius. The screw points from the isthmus to the body centroid
-   shifted toward the screw's side by a quarter of the body half-width (a medially converging
-   trajectory). The entry is where the line, followed backward from the isthmus, leaves the bone
-   of this vertebra (first gap of at least 2 mm); the length is 80 % of the distance from the
-   entry to where the line leaves the bone anteriorly. A plan is kept only when at least 90 % of
-   the samples between entry and tip lie in bone and the tip lies in the body, anterior to the
-   canal; otherwise the vertebra gets no screws.
+   the spinal cord label (79) inside the vertebra's extent gives the centre and (a smaller)
+   radius, and no screws are planned.
+4. **Posterior and left axes.** Posterior = from the centroid of the bone anterior to the canal
+   (the body) to the canal centre, made orthogonal to the cranial axis (computed twice, the
+   second time with the "anterior" side from the first estimate). This is more robust than
+   (canal centre - vertebra centroid): in upper thoracic vertebrae with long transverse and
+   spinous processes the vertebra centroid lies almost in the canal. Left = posterior x cranial,
+   so ``axes = [left, posterior, cranial]`` is a right-handed rotation and the identity for a
+   straight, untilted spine. Without a canal, or if the estimate is more than 60 degrees from
+   +y, the projection of +y is used.
+5. **Pedicle screws** (complete T1..L5 vertebrae whose canal ring is closed). The vertebra mask
+   is resampled trilinearly (threshold 0.5) onto a grid aligned with its axes (spacing = smallest
+   voxel spacing, at most 1 mm); coordinates ``(a, b, c)`` = (left, posterior, cranial) from the
+   centroid. The body is the largest component of bone anterior to the canal; its half-width is
+   measured at mid-depth (away from transverse processes joining its back, as at L5).
+
+   *Isthmus.* For each side, planes of constant ``b`` are scanned over the anterior 60 % of the
+   canal's antero-posterior depth (the pars interarticularis and laminae lie behind). In each
+   plane the bone on that side between the midline and the body's half-width (transverse
+   processes are cut off) is split into connected components; the pedicle section is
+   the largest component whose centre lies lateral to the canal (small lips of the body's rim
+   next to the midline are skipped). The area profile is smoothed over 3 planes and the planes
+   are tried from the smallest area up: a plane is skipped if its section does not overlap the
+   neighbouring planes' sections (not part of a continuous bridge) or if the resulting
+   trajectory fails the checks below (e.g. a narrow pars behind a short, wide L5 pedicle). The
+   chosen section is re-sampled at a quarter of the grid spacing; its centroid (or the point
+   deepest inside it, if the centroid falls outside) is the isthmus point and the maximum of its
+   2-D distance transform, minus half a fine pixel, the corridor radius (slightly conservative).
+
+   *Trajectory.* The screw points from the isthmus to a target in the body: the body centroid
+   moved toward the screw's side by a quarter of the body half-width and anteriorly by half the
+   body's half-depth (aiming at the body centroid itself, as first planned, let the 80 %-deep tip
+   cross the midline). The entry is where the line, followed backward from the isthmus, leaves
+   the bone of this vertebra (first gap of at least 2 mm); the length is 80 % of the distance from
+   the entry to where the line leaves the bone anteriorly. A plan is kept only when at least 90 %
+   of the samples between entry and tip lie in bone and the tip lies in bone at least as far
+   forward as the body's centroid; a vertebra gets both screws or none.
+
+   The direction is a planning choice, not the anatomical pedicle axis: on the procedural phantom
+   (whose pedicle axes converge 2-20 degrees from T11 to L5) the isthmus points lie within 1.6 mm
+   of the true pedicle axes but the screws converge 18-24 degrees at every level.
 """
 
 from __future__ import annotations
@@ -78,12 +96,9 @@ MIN_INSIDE_FRACTION = 0.9
 PEDICLE_DEPTH_FRACTION = 0.6
 """The isthmus is searched in this anterior fraction of the canal's antero-posterior depth."""
 
-PEDICLE_LATERAL_MARGIN_M = 4e-3
-"""Pedicle cross-sections are clipped this far lateral of the body's half-width [m]."""
-
 _log = logging.getLogger(__name__)
 _EXIT_GAP_M = 2e-3  # a line has left the bone after this much consecutive background
-_CLOSING_RADII_PX = (1, 2, 3, 5)
+_CLOSING_RADII_M = (1e-3, 2e-3, 3e-3, 5e-3)  # gap closing before looking for the canal hole
 
 
 @dataclass(frozen=True)
@@ -136,14 +151,13 @@ def find_vertebrae(labels: np.ndarray, spacing_m, *, min_voxels: int = 200) -> l
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise DataError(f"label volume must be 3-D [X, Y, Z], got shape {labels.shape}.")
-    if labels.dtype.kind not in "iub":
+    if labels.dtype.kind not in "iu":
         raise DataError(f"label volume must hold integer ids, got dtype {labels.dtype}; pass the label map, not the CT.")
     spacing = _spacing(spacing_m)
     shape = np.array(labels.shape)
-    boxes = ndimage.find_objects(labels.astype(np.uint8, copy=False) if labels.dtype.kind == "b" else labels,
-                                 max_label=max(VERTEBRA_IDS))
+    boxes = ndimage.find_objects(labels, max_label=max(VERTEBRA_IDS))
 
-    found = []  # (label, mask, offset, centroid, count, complete)
+    found = []  # (label, box, mask, offset, voxel indices in the box, centroid, count, complete)
     for lab in VERTEBRA_IDS:
         box = boxes[lab - 1] if lab - 1 < len(boxes) else None
         if box is None:
@@ -170,12 +184,11 @@ def find_vertebrae(labels: np.ndarray, spacing_m, *, min_voxels: int = 200) -> l
     vertebrae = []
     for (lab, box, mask, offset, idx, centroid, count, complete), cranial in zip(found, tangents):
         pts = (idx + offset) * spacing - centroid  # voxel centres relative to the centroid
-        cord = None
-        if SPINAL_CORD_ID <= labels.max(initial=0):
-            cord_idx = np.argwhere(labels[box] == SPINAL_CORD_ID)
-            if len(cord_idx):
-                cord = (cord_idx + offset) * spacing - centroid
-        canal = _find_canal(pts, cranial, spacing, cord)
+
+        def cord_points(box=box, offset=offset, centroid=centroid):
+            return (np.argwhere(labels[box] == SPINAL_CORD_ID) + offset) * spacing - centroid
+
+        canal = _find_canal(pts, cranial, spacing, cord_points)
         axes = _vertebra_axes(pts, cranial, canal)
         if canal is None:
             canal_center, canal_radius = centroid.copy(), 0.0
@@ -268,7 +281,6 @@ class _Canal:
     center_rel: np.ndarray  # [3] canal centre minus vertebra centroid (orthogonal to the cranial axis)
     radius: float
     pixels_rel: np.ndarray  # [M, 3] canal pixel centres relative to the centroid (in the axial plane)
-    pixel_m: float
     from_hole: bool  # False when estimated from the spinal cord
 
 
@@ -277,16 +289,18 @@ def _disk(radius_px: int) -> np.ndarray:
     return (r[:, None] ** 2 + r[None, :] ** 2) <= radius_px**2 + 0.5
 
 
-def _find_canal(pts: np.ndarray, cranial: np.ndarray, spacing: np.ndarray, cord: np.ndarray | None) -> _Canal | None:
+def _find_canal(pts: np.ndarray, cranial: np.ndarray, spacing: np.ndarray, cord_points) -> _Canal | None:
+    """Largest enclosed hole of the vertebra projected along ``cranial``; the spinal cord if the ring is open."""
     u, w = _in_plane_basis(cranial)
     h = float(spacing.min())
+    radii_px = sorted({max(int(round(r / h)), 1) for r in _CLOSING_RADII_M})
     uv = np.stack([pts @ u, pts @ w], axis=1)
-    pad = max(_CLOSING_RADII_PX) + 3
+    pad = max(radii_px) + 3
     lo = uv.min(0) - pad * h
     ij = np.round((uv - lo) / h).astype(np.int64)
     occ = np.zeros(tuple(ij.max(0) + pad + 1), dtype=bool)
     occ[ij[:, 0], ij[:, 1]] = True
-    for radius in _CLOSING_RADII_PX:
+    for radius in radii_px:
         closed = ndimage.binary_closing(occ, structure=_disk(radius))
         holes = ndimage.binary_fill_holes(closed) & ~closed
         comp, n = ndimage.label(holes)
@@ -299,9 +313,10 @@ def _find_canal(pts: np.ndarray, cranial: np.ndarray, spacing: np.ndarray, cord:
             continue
         pix = np.argwhere(comp == best) * h + lo  # (u, w) of canal pixels
         pix3 = pix[:, :1] * u + pix[:, 1:] * w
-        return _Canal(center_rel=pix3.mean(0), radius=float(np.sqrt(area / np.pi)), pixels_rel=pix3, pixel_m=h,
+        return _Canal(center_rel=pix3.mean(0), radius=float(np.sqrt(area / np.pi)), pixels_rel=pix3,
                       from_hole=True)
-    if cord is not None and len(cord) > 0:
+    cord = cord_points()  # spinal cord voxel centres relative to the centroid, [K, 3]
+    if len(cord) > 0:
         height = pts @ cranial
         hc = cord @ cranial
         sel = cord[(hc >= height.min()) & (hc <= height.max())]
@@ -310,7 +325,7 @@ def _find_canal(pts: np.ndarray, cranial: np.ndarray, spacing: np.ndarray, cord:
             extent = hc[(hc >= height.min()) & (hc <= height.max())]
             span = max(float(np.ptp(extent)), float(spacing.max()))
             area = len(sel) * float(np.prod(spacing)) / span
-            return _Canal(center_rel=flat.mean(0), radius=float(np.sqrt(area / np.pi)), pixels_rel=flat, pixel_m=h,
+            return _Canal(center_rel=flat.mean(0), radius=float(np.sqrt(area / np.pi)), pixels_rel=flat,
                           from_hole=False)
     return None
 
@@ -382,8 +397,17 @@ class _LocalGrid:
             + axes[:, 2, None, None, None] * gc[None, None, None, :]
         )
         coords = world / spacing[:, None, None, None]
-        self.mask = ndimage.map_coordinates(mask.astype(np.float32), coords, order=1, cval=0.0) >= 0.5
+        self._field = mask.astype(np.float32)
+        self._offset_m, self._spacing = offset * spacing, spacing
+        self.mask = ndimage.map_coordinates(self._field, coords, order=1, cval=0.0) >= 0.5
         self.ga, self.gb, self.gc = ga, gb, gc
+
+    def sample(self, q: np.ndarray) -> np.ndarray:
+        """Trilinear mask value (0..1) at local points q [..., 3]."""
+        world = self.centroid + q @ self.axes.T
+        k = (world - self._offset_m) / self._spacing
+        flat = k.reshape(-1, 3).T
+        return ndimage.map_coordinates(self._field, flat, order=1, cval=0.0).reshape(q.shape[:-1])
 
     def inside(self, q: np.ndarray) -> np.ndarray:
         """Nearest-grid-point membership for local points q [N, 3]."""
@@ -435,11 +459,11 @@ def _march(local: _LocalGrid, start: np.ndarray, direction: np.ndarray, max_len:
 def _plan_side(local: _LocalGrid, side, sign, a0, canal_a, b_lo, b_hi, body_centroid, half_width, half_depth):
     """One screw, or a string saying why planning failed."""
     h = local.h
-    # the pedicle lies between the midline and (about) the lateral border of the body, in the
-    # anterior part of the canal's depth; farther out are the transverse processes, farther back
-    # the pars interarticularis and the laminae
+    # the pedicle lies between the midline and the lateral border of the body, in the anterior part
+    # of the canal's depth; farther out are the transverse processes, farther back the pars
+    # interarticularis and the laminae
     lateral = sign * (local.ga - a0)
-    a_side = (lateral > 0) & (lateral <= half_width + PEDICLE_LATERAL_MARGIN_M)
+    a_side = (lateral > 0) & (lateral <= half_width)
     planes = np.flatnonzero((local.gb >= b_lo) & (local.gb <= b_lo + PEDICLE_DEPTH_FRACTION * (b_hi - b_lo)))
     canal_half_width = float(np.max(sign * (canal_a - a0)))  # canal's extent toward this side
     areas, sections = [], []
@@ -447,16 +471,15 @@ def _plan_side(local: _LocalGrid, side, sign, a0, canal_a, b_lo, b_hi, body_cent
         comp, n = ndimage.label(local.mask[:, j, :] & a_side[:, None])
         if n == 0:
             break
-        # the pedicle: of the sections whose centre lies lateral to the canal, the one reaching
-        # closest to the midline (small lips of the body near the midline are skipped)
+        # the pedicle: the largest section whose centre lies lateral to the canal (small lips of
+        # the body's posterior rim and bone fragments are skipped)
         idx = np.arange(1, n + 1)
         count = ndimage.sum_labels(np.ones_like(comp), comp, idx)
         centre_a = ndimage.sum_labels(np.broadcast_to(local.ga[:, None], comp.shape), comp, idx) / count
-        medial = ndimage.minimum(np.broadcast_to(sign * (local.ga[:, None] - a0), comp.shape), comp, idx)
         ok = (sign * (centre_a - a0) >= canal_half_width) & (count >= 3)
         if not ok.any():
             break
-        pick = idx[ok][np.argmin(np.asarray(medial)[ok])]
+        pick = idx[ok][np.argmax(count[ok])]
         section = comp == pick
         areas.append(float(count[pick - 1]) * h * h)
         sections.append(section)
@@ -471,8 +494,11 @@ def _plan_side(local: _LocalGrid, side, sign, a0, canal_a, b_lo, b_hi, body_cent
     # narrow pars interarticularis behind a short, wide pedicle (L5) fails the checks and is skipped)
     reason = "no candidate section"
     for best in np.argsort(smooth, kind="stable"):
-        plan = _trajectory(local, side, sign, sections[best], local.gb[planes[best]], b_lo, body_centroid, half_width,
-                           half_depth)
+        neighbours = [sections[k] for k in (best - 1, best + 1) if 0 <= k < len(sections)]
+        if neighbours and not any(np.any(sections[best] & other) for other in neighbours):
+            continue  # not part of a continuous bridge
+        plan = _trajectory(local, side, sign, sections[best], local.gb[planes[best]], a0, b_lo, body_centroid,
+                           half_width, half_depth)
         if isinstance(plan, ScrewTrajectory):
             return plan
         if best == int(np.argmin(smooth)):
@@ -480,17 +506,50 @@ def _plan_side(local: _LocalGrid, side, sign, a0, canal_a, b_lo, b_hi, body_cent
     return reason
 
 
-def _trajectory(local: _LocalGrid, side, sign, section, b, b_lo, body_centroid, half_width, half_depth):
+def _isthmus_centre_and_radius(local: _LocalGrid, section: np.ndarray, b: float, window) -> tuple[np.ndarray, float]:
+    """Centre (local coordinates) and inscribed-circle radius of the isthmus section.
+
+    The section is re-sampled at a quarter of the grid spacing from the original voxels
+    (trilinear, threshold 0.5; ``window(a)`` says which lateral positions belong to the search
+    window) so that the radius is not quantised to the grid.
+    """
+    fine = 4
+    f = local.h / fine
+    pix = np.argwhere(section)
+    lo, hi = pix.min(0) - 2, pix.max(0) + 2
+    a = local.ga[0] + local.h * np.arange(lo[0] * fine, hi[0] * fine + 1) / fine
+    c = local.gc[0] + local.h * np.arange(lo[1] * fine, hi[1] * fine + 1) / fine
+    q = np.stack(np.broadcast_arrays(a[:, None], np.float64(b), c[None, :]), axis=-1)
+    mask = (local.sample(q) >= 0.5) & window(a)[:, None]
+    comp, n = ndimage.label(mask)
+    if n > 0:  # the fine component overlapping the coarse section most
+        ka = np.clip(np.round((a - local.ga[0]) / local.h).astype(int), 0, section.shape[0] - 1)
+        kc = np.clip(np.round((c - local.gc[0]) / local.h).astype(int), 0, section.shape[1] - 1)
+        coarse = section[ka[:, None], kc[None, :]]
+        overlap = np.bincount(comp[coarse], minlength=n + 1)
+        overlap[0] = 0
+        if overlap.max() > 0:
+            mask = comp == int(np.argmax(overlap))
+        else:
+            n = 0
+    if n == 0:  # degenerate: fall back to the coarse section
+        a, c, mask, f = local.ga, local.gc, section, local.h
+    edt = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    radius = max((float(edt.max()) - 0.5) * f, 0.5 * f)
+    pts = np.argwhere(mask)
+    centre = pts.mean(0)
+    k = np.round(centre).astype(int)
+    if not mask[k[0], k[1]]:  # non-convex section: use the point deepest inside it
+        centre = np.array(np.unravel_index(int(np.argmax(edt)), edt.shape), dtype=float)
+    step_a, step_c = a[1] - a[0], c[1] - c[0]
+    return np.array([a[0] + centre[0] * step_a, b, c[0] + centre[1] * step_c]), radius
+
+
+def _trajectory(local: _LocalGrid, side, sign, section, b, a0, b_lo, body_centroid, half_width, half_depth):
     """Screw through the isthmus ``section`` (an (a, c) mask in plane ``b``), or why it fails."""
     h = local.h
-    edt = ndimage.distance_transform_edt(np.pad(section, 1))[1:-1, 1:-1]
-    radius = (float(edt.max()) - 0.5) * h
-    pix = np.argwhere(section)
-    centre_ac = pix.mean(0)
-    k = np.round(centre_ac).astype(int)
-    if not section[k[0], k[1]]:  # non-convex section: use the point deepest inside it
-        centre_ac = np.array(np.unravel_index(int(np.argmax(edt)), edt.shape), dtype=float)
-    isthmus = np.array([local.ga[0] + centre_ac[0] * h, b, local.gc[0] + centre_ac[1] * h])
+    isthmus, radius = _isthmus_centre_and_radius(local, section, b, lambda a: (sign * (a - a0) > 0)
+                                                 & (sign * (a - a0) <= half_width))
 
     # target: in the body, a quarter half-width toward this side, half-way from its centre to the front
     target = body_centroid + np.array([sign * CONVERGENCE_OFFSET * half_width, -0.5 * half_depth, 0.0])
@@ -509,14 +568,14 @@ def _trajectory(local: _LocalGrid, side, sign, section, b, b_lo, body_centroid, 
     inside = local.inside(entry[None, :] + s[:, None] * d[None, :]).mean()
     if inside < MIN_INSIDE_FRACTION:
         return f"only {inside:.0%} of the trajectory in bone"
-    if tip[1] >= b_lo or not local.inside(tip[None, :])[0]:
-        return "tip not in the body anterior to the canal"
+    if tip[1] >= min(b_lo, body_centroid[1]) or not local.inside(tip[None, :])[0]:
+        return "tip not in the anterior half of the body"
     return ScrewTrajectory(
         side=side,
         entry_m=local.to_world(entry),
         direction=local.axes @ d,
         length_m=float(length),
-        corridor_radius_m=float(max(radius, 0.5 * h)),
+        corridor_radius_m=float(radius),
         isthmus_m=local.to_world(isthmus),
     )
 
@@ -601,6 +660,8 @@ def plot_landmarks(labels, spacing_m, vertebrae, path, *, hu=None) -> None:
             ax.text(label_pos[h_ax], label_pos[v_ax], name, fontsize=8, ha="left", va="center",
                     color="k", bbox=dict(boxstyle="round,pad=0.15", fc="w", ec="none", alpha=0.75))
         ax.set_title(title, fontsize=10)
+        if hu is None:
+            ax.set_facecolor("0.3")  # yellow and cyan marks stay visible
         ax.set_xlabel(("x (left) [mm]", "y (posterior) [mm]")[h_ax == 1])
         ax.set_ylabel("z (superior) [mm]")
         ax.set_xlim(extent[0], extent[1])
@@ -615,7 +676,7 @@ def plot_landmarks(labels, spacing_m, vertebrae, path, *, hu=None) -> None:
         "(axes: blue cranial, green posterior, red left; yellow x canal centre; screws cyan left, magenta right)",
         fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.04, top=0.95, wspace=0.3, hspace=0.3)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -671,6 +732,8 @@ def _plot_axial(ax, labels, spacing, v: Vertebra, hu, screw_color) -> None:
             f"{s.side[0].upper()}:{s.length_m * 1e3:.0f}mm/{convergence_deg(v, s):.0f}\N{DEGREE SIGN}" for s in v.screws
         )
     ax.set_title(title, fontsize=8)
+    if hu is None:
+        ax.set_facecolor("0.3")
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
     ax.tick_params(labelsize=6)

@@ -28,7 +28,7 @@ Content
   posterior arch (laminae) that closes a bony ring around the spinal canal at pedicle height, a
   spinous process pointing posteriorly and caudally, two transverse processes and four articular
   processes (facet joints left open by ~1-2 mm). Bone is a cortical shell (1300 HU, 1.5 mm or at
-  least one voxel) around cancellous bone (about 250 HU, drawn per vertebra). Intervertebral
+  least one voxel) around cancellous bone (about 260 HU, drawn per vertebra). Intervertebral
   discs (80 HU, label 0) fill the wedge-shaped gaps. The canal holds epidural fat, a dural sac of
   CSF (10 HU, label 0) and the spinal cord (label 79) along its whole length.
 * **Muscles and organs**: paraspinal muscles (autochthon left/right) from the transverse-process
@@ -49,6 +49,7 @@ only the z range of L2-L4 plus margins (about 13 cm) and builds only those three
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
 
@@ -60,9 +61,9 @@ TISSUE_HU: dict[str, int] = {
     "air": -1000, "skin": 40, "fat": -100, "muscle": 45, "abdomen": 30, "ligament": 60,
     "disc": 80, "epidural_fat": -80, "csf": 10, "spinal_cord": 35, "perirenal_fat": -90,
     "kidney": 32, "liver": 58, "spleen": 48, "blood": 42, "cortical_bone": 1300,
-    "cancellous_bone": 250,
+    "cancellous_bone": 260,
 }
-"""CT value of each tissue of the phantom [HU] (cancellous bone varies by +-40 HU per vertebra)."""
+"""CT value of each tissue of the phantom [HU] (cancellous bone varies by +-35 HU per vertebra)."""
 
 EXTENT_MM = np.array([400.0, 280.0, 280.0])
 """Physical size of the default phantom along x, y, z [mm]."""
@@ -112,6 +113,7 @@ _SACRUM = _Level("S", 50, 34, 60, 0, 22.0, 12.0, 0, 0, 0, 52, 12, 10, 0)
 _DISC_ABOVE_T11_MM = 5.0
 _SMALL_LEVELS = ("L2", "L3", "L4")
 _SACRAL_EXTRA_TILT_DEG = 15.0
+_CANAL_NOTCH_MM = 1.5
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,9 +214,10 @@ def phantom_geometry(seed: int, *, small: bool = False) -> PhantomGeometry:
     vertebrae = tuple(_vertebra_geometry(v) for v in layout.vertebrae)
     p = layout.params
     return PhantomGeometry(
-        seed=int(seed), small=bool(small), extent_m=layout.extent * m, size_factor=p.size,
-        lordosis_m=p.lordosis * m, fat_thickness_m=p.fat * m, torso_width_m=p.width * m,
-        torso_depth_m=p.depth * m, midline_x_m=layout.torso.cx * m, back_y_m=layout.torso.y_back * m,
+        seed=int(seed), small=bool(small), extent_m=layout.extent * m, size_factor=float(p.size),
+        lordosis_m=float(p.lordosis * m), fat_thickness_m=float(p.fat * m), torso_width_m=float(p.width * m),
+        torso_depth_m=float(p.depth * m), midline_x_m=float(layout.torso.cx * m),
+        back_y_m=float(layout.torso.y_back * m),
         vertebrae=vertebrae,
     )
 
@@ -223,7 +226,7 @@ def phantom_arrays(seed: int, *, spacing_m: float = 1e-3, small: bool = False) -
     """Build the phantom for ``seed`` on an isotropic grid.
 
     Args:
-        seed: any integer; the same seed gives bit-identical arrays.
+        seed: any non-negative integer; the same seed gives bit-identical arrays.
         spacing_m: voxel size [m].
         small: only the L2-L4 segment (full torso cross-section, about 13 cm in z) for fast tests.
 
@@ -255,7 +258,9 @@ class _Params:
     width: float  # torso left-right [mm]
     depth: float  # torso antero-posterior [mm]
     furrow: float  # depth of the midline furrow of the back [mm]
-    jitter: np.ndarray  # [8, 6] uniform in [-1, 1]: one row per level (T11..L5, sacrum)
+    # [8, 6] uniform in [-1, 1], one row per level (T11..L5, sacrum); columns: size, pedicle width,
+    # pedicle angle, axial rotation, process length, bone density
+    jitter: np.ndarray
     kidney: np.ndarray  # [4] uniform in [-1, 1]
 
 
@@ -319,7 +324,8 @@ class _Vertebra:
     ped_h: float
     ped_angle: float  # [rad]
     bone_hu: float  # cancellous HU
-    size: float
+    size: float  # scale of this vertebra's dimensions
+    process_scale: float  # extra scale of the spinous and transverse process lengths
 
     @property
     def is_sacrum(self) -> bool:
@@ -335,8 +341,9 @@ class _Vertebra:
 
     def to_local(self, x, y, z):
         """Local coordinates (u, v, w) of world points given as broadcastable arrays."""
-        d = (x - self.center[0], y - self.center[1], z - self.center[2])
-        return tuple(d[0] * self.axes[0, c] + d[1] * self.axes[1, c] + d[2] * self.axes[2, c] for c in range(3))
+        c, r = [float(a) for a in self.center], [[float(a) for a in row] for row in self.axes]
+        d = (x - c[0], y - c[1], z - c[2])
+        return tuple(d[0] * r[0][k] + d[1] * r[1][k] + d[2] * r[2][k] for k in range(3))
 
 
 @dataclass(frozen=True)
@@ -422,7 +429,7 @@ def _place_spine(p: _Params, extent: np.ndarray, torso: _Torso):
     dy = vertebrae[0].center[1] - y_of_z(vertebrae[0].center[2])
     for v in vertebrae:
         v.center[0] += torso.cx
-    discs = _discs(vertebrae, z_top)
+    discs = _discs(vertebrae)
     curve = (zs, y_of_z(zs) + dy)
     return vertebrae, discs, curve
 
@@ -441,7 +448,7 @@ def _make_vertebra(lv: _Level, label: int, z: float, y_of_z, dy_dz, p: _Params, 
         body_w=lv.body_w * s, body_d=lv.body_d * s, body_h=lv.body_h * p.size,
         canal_w=lv.canal_w * s, canal_d=lv.canal_d * s,
         ped_w=lv.ped_w * s + 0.5 * jit[1], ped_h=lv.ped_h * s, ped_angle=np.radians(lv.ped_angle + 2.0 * jit[2]),
-        bone_hu=TISSUE_HU["cancellous_bone"] + 40.0 * jit[5], size=s,
+        bone_hu=TISSUE_HU["cancellous_bone"] + 35.0 * jit[5], size=s, process_scale=1.0 + 0.06 * jit[4],
     )
 
 
@@ -466,7 +473,7 @@ def _shift_to_back(vertebrae: list[_Vertebra], torso: _Torso) -> None:
         v.center[1] += shift
 
 
-def _discs(vertebrae: list[_Vertebra], z_top: float):
+def _discs(vertebrae: list[_Vertebra]):
     """Disc cylinders between consecutive bodies, plus the one above T11."""
     discs = []
     for upper, lower in zip(vertebrae[:-1], vertebrae[1:]):
@@ -534,13 +541,13 @@ def _vertebra_geometry(v: _Vertebra) -> VertebraGeometry:
             axis = (ant - post) / np.linalg.norm(ant - post)
             pedicles[side] = PedicleGeometry(
                 posterior_m=post * m, anterior_m=ant * m, isthmus_m=v.to_world(_pedicle_isthmus(v, sign)) * m,
-                axis=axis, width_m=2 * rod.r1 * m, height_m=2 * rod.r2 * m,
+                axis=axis, width_m=float(2 * rod.r1 * m), height_m=float(2 * rod.r2 * m),
             )
     name = "sacrum" if v.is_sacrum else vertebra_name(v.label)
     return VertebraGeometry(
-        label=v.label, name=name, center_m=v.center * m, axes=v.axes.copy(), body_width_m=v.body_w * m,
-        body_depth_m=v.body_d * m, body_height_m=v.body_h * m, canal_width_m=v.canal_w * m,
-        canal_depth_m=v.canal_d * m, canal_center_m=v.to_world([0, v.v_post + 0.45 * v.canal_d, 0]) * m,
+        label=v.label, name=name, center_m=v.center * m, axes=v.axes.copy(), body_width_m=float(v.body_w * m),
+        body_depth_m=float(v.body_d * m), body_height_m=float(v.body_h * m), canal_width_m=float(v.canal_w * m),
+        canal_depth_m=float(v.canal_d * m), canal_center_m=v.to_world([0, v.v_post + 0.45 * v.canal_d, 0]) * m,
         pedicles=pedicles,
     )
 
@@ -570,14 +577,20 @@ class _Rod:
     r1: float
     r2: float
 
-    def sdf(self, x, y, z):
+    def frame(self) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+        """Length and unit vectors (along the rod, along r1, along r2)."""
         d = self.end - self.start
-        length = np.linalg.norm(d)
+        length = float(np.sqrt(d @ d))
         d = d / length
-        e1 = self.hint - np.dot(self.hint, d) * d
-        e1 = e1 / np.linalg.norm(e1)
-        e2 = np.cross(d, e1)
-        px, py, pz = x - self.start[0], y - self.start[1], z - self.start[2]
+        e1 = self.hint - (self.hint @ d) * d
+        e1 = e1 / np.sqrt(e1 @ e1)
+        e2 = np.array([d[1] * e1[2] - d[2] * e1[1], d[2] * e1[0] - d[0] * e1[2], d[0] * e1[1] - d[1] * e1[0]])
+        return length, d, e1, e2
+
+    def sdf(self, x, y, z):
+        length, d, e1, e2 = (float(a) if np.ndim(a) == 0 else [float(b) for b in a] for a in self.frame())
+        s = [float(a) for a in self.start]
+        px, py, pz = x - s[0], y - s[1], z - s[2]
         t = px * d[0] + py * d[1] + pz * d[2]
         a = px * e1[0] + py * e1[1] + pz * e1[2]
         b = px * e2[0] + py * e2[1] + pz * e2[2]
@@ -606,18 +619,20 @@ def _pedicle_rod(v: _Vertebra, side: float) -> _Rod:
 
 
 def _spinous_rod(v: _Vertebra) -> _Rod:
+    """Spinous process: from the apex of the arch backward and caudally."""
     lv, s = v.level, v.size
     tilt = np.radians(lv.sp_tilt)
     start = np.array([0.0, v.v_post + v.canal_d + 1.0, -0.1 * v.body_h])
-    length = lv.sp_len * s + 5.0
+    length = lv.sp_len * s * v.process_scale + 5.0
     end = start + length * np.array([0.0, np.cos(tilt), -np.sin(tilt)])
-    return _Rod(start, end, _X, 3.5 * s, lv.sp_h * s / 2)
+    return _Rod(start, end, _X, 4.0 * s, lv.sp_h * s / 2)
 
 
 def _transverse_rod(v: _Vertebra, side: float) -> _Rod:
+    """Transverse process: flat rod from the pedicle-lamina junction laterally, slightly backward."""
     s = v.size
     start = np.array([side * (v.canal_w / 2 + 0.5 * v.ped_w), v.v_post + 0.55 * v.canal_d, 0.15 * v.body_h])
-    reach = v.level.tp_reach * s
+    reach = v.level.tp_reach * s * v.process_scale
     end = np.array([side * reach, start[1] + 0.18 * (reach - abs(start[0])), start[2]])
     return _Rod(start, end, _Z, 5.0 * s, 3.0 * s)
 
@@ -635,8 +650,9 @@ def _articular_rods(v: _Vertebra, side: float) -> tuple[_Rod, _Rod]:
 
 
 def _canal_sdf(v: _Vertebra, u, vv):
-    """Half-ellipse canal: flat front on the body's posterior wall, apex behind."""
-    return np.maximum(_sd_ellipse(u, vv - v.v_post, v.canal_w / 2, v.canal_d), v.v_post - vv)
+    """Half-ellipse canal, apex behind; its flat front is notched _CANAL_NOTCH_MM into the body's
+    posterior wall (the posterior wall of a real body is concave)."""
+    return np.maximum(_sd_ellipse(u, vv - v.v_post, v.canal_w / 2, v.canal_d), v.v_post - _CANAL_NOTCH_MM - vv)
 
 
 def _body_sdf(v: _Vertebra, u, vv, w):
@@ -646,54 +662,124 @@ def _body_sdf(v: _Vertebra, u, vv, w):
     return reduce(np.maximum, [d, vv - v.v_post, np.abs(w) - v.body_h / 2])
 
 
+def _arch_dims(v: _Vertebra) -> tuple[float, float, float]:
+    """Lamina thickness, centre height and half height of the posterior arch [mm]. The arch
+    reaches up to about the top of the pedicles, so an axial slice through a tilted vertebra's
+    pedicles still cuts a closed ring."""
+    return 6.5 * v.size, -0.05 * v.body_h, 0.5 * v.body_h
+
+
 def _arch_sdf(v: _Vertebra, u, vv, w):
     """Posterior arch (laminae): the canal ellipse grown by the lamina thickness, behind the pedicles."""
-    t = 5.5 * v.size
+    t, w0, half = _arch_dims(v)
     outer = _sd_ellipse(u, vv - v.v_post, v.canal_w / 2 + t, v.canal_d + t)
-    w0, half = -0.12 * v.body_h, 0.42 * v.body_h
     return reduce(np.maximum, [outer, v.v_post + 0.25 * v.canal_d - vv, np.abs(w - w0) - half])
 
 
-def _sacrum_parts(v: _Vertebra, u, vv, w) -> list:
-    """Sacral body, alae and the roof of the sacral canal (no pedicles or processes)."""
-    s = v.size
-    parts = [_body_sdf(v, u, vv, w), _arch_sdf(v, u, vv, w)]
+@dataclass(frozen=True)
+class _Part:
+    """A primitive of a vertebra: its signed distance ``sdf(u, v, w)`` [mm] and a local box
+    (lo, hi) [mm] outside which it is certainly positive."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    sdf: Callable[..., np.ndarray]  # (u, v, w) -> signed distance
+
+    @staticmethod
+    def rod(rod: _Rod) -> _Part:
+        r = max(rod.r1, rod.r2)
+        return _Part(np.minimum(rod.start, rod.end) - r, np.maximum(rod.start, rod.end) + r, rod.sdf)
+
+
+def _body_part(v: _Vertebra) -> _Part:
+    return _Part(np.array([-v.body_w / 2, -v.body_d / 2, -v.body_h / 2]),
+                 np.array([v.body_w / 2, v.v_post, v.body_h / 2]), lambda u, vv, w: _body_sdf(v, u, vv, w))
+
+
+def _arch_part(v: _Vertebra) -> _Part:
+    t, w0, half = _arch_dims(v)
+    return _Part(np.array([-v.canal_w / 2 - t, v.v_post, w0 - half]),
+                 np.array([v.canal_w / 2 + t, v.v_post + v.canal_d + t, w0 + half]),
+                 lambda u, vv, w: _arch_sdf(v, u, vv, w))
+
+
+def _canal_part(v: _Vertebra, lo: np.ndarray, hi: np.ndarray) -> _Part:
+    """The canal within the cranio-caudal range of the local box (lo, hi)."""
+    return _Part(np.array([-v.canal_w / 2, v.v_post - _CANAL_NOTCH_MM, lo[2]]),
+                 np.array([v.canal_w / 2, v.v_post + v.canal_d, hi[2]]),
+                 lambda u, vv, w: _canal_sdf(v, u, vv))
+
+
+def _bone_parts(v: _Vertebra) -> list[_Part]:
+    """Every bony primitive of the vertebra, in local coordinates."""
+    parts = [_body_part(v), _arch_part(v)]
+    if v.is_sacrum:  # body, alae and the roof of the sacral canal; no pedicles or processes
+        for side in (1.0, -1.0):
+            ala = _Rod(np.array([side * 10.0, v.v_post - 4.0, 0.0]),
+                       np.array([side * v.level.tp_reach * v.size, v.v_post, 0.0]), _Z, 0.45 * v.body_h, 12.0 * v.size)
+            parts.append(_Part.rod(ala))
+        return parts
+    parts.append(_Part.rod(_spinous_rod(v)))
     for side in (1.0, -1.0):
-        ala = _Rod(np.array([side * 10.0, v.v_post - 4.0, 0.0]), np.array([side * v.level.tp_reach * s, v.v_post, 0.0]),
-                   _Z, 0.45 * v.body_h, 12.0 * s)
-        parts.append(ala.sdf(u, vv, w))
+        parts.append(_Part.rod(_pedicle_rod(v, side)))
+        parts.append(_Part.rod(_transverse_rod(v, side)))
+        parts.extend(_Part.rod(rod) for rod in _articular_rods(v, side))
     return parts
 
 
-def _vertebra_sdf(v: _Vertebra, u, vv, w):
-    """Signed distance to the bone of one vertebra (canal carved out) and to its canal [mm]."""
-    if v.is_sacrum:
-        parts = _sacrum_parts(v, u, vv, w)
-    else:
-        parts = [_body_sdf(v, u, vv, w), _arch_sdf(v, u, vv, w), _spinous_rod(v).sdf(u, vv, w)]
-        for side in (1.0, -1.0):
-            parts.append(_pedicle_rod(v, side).sdf(u, vv, w))
-            parts.append(_transverse_rod(v, side).sdf(u, vv, w))
-            parts.extend(rod.sdf(u, vv, w) for rod in _articular_rods(v, side))
-    canal = _canal_sdf(v, u, vv)
-    return np.maximum(reduce(np.minimum, parts), -canal), canal
+def _local_box(v: _Vertebra) -> tuple[np.ndarray, np.ndarray]:
+    """Local box (lo, hi) [mm] holding all bone of the vertebra."""
+    parts = _bone_parts(v)
+    return np.min([p.lo for p in parts], axis=0), np.max([p.hi for p in parts], axis=0)
+
+
+def _world_box(v: _Vertebra, lo, hi, margin: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """World-space bounding box [mm] of a local box (lo, hi), grown by ``margin``."""
+    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+    world = v.center + corners @ v.axes.T
+    return world.min(0) - margin, world.max(0) + margin
 
 
 def _vertebra_box(v: _Vertebra) -> tuple[np.ndarray, np.ndarray]:
-    """World-space bounding box [mm] (lo, hi) of every primitive of the vertebra, with 3 mm margin."""
-    s = v.size
-    reach = max(v.level.tp_reach * s, v.body_w / 2) + 6.0
-    if v.is_sacrum:
-        back, below, above = v.v_post + v.canal_d + 12.0, v.body_h / 2 + 3, v.body_h / 2 + 3
-    else:
-        sp = _spinous_rod(v)
-        back = sp.end[1] + sp.r2 + 3.0
-        below = max(-sp.end[2] + sp.r2, v.body_h / 2 + 7.0 * s) + 3.0
-        above = v.body_h / 2 + 6.0 * s + 3.0
-    corners = np.array([[cu, cv, cw] for cu in (-reach, reach) for cv in (-v.body_d / 2 - 3.0, back)
-                        for cw in (-below, above)])
-    world = np.array([v.to_world(c) for c in corners])
-    return world.min(0), world.max(0)
+    """World-space bounding box [mm] (lo, hi) of all bone of the vertebra."""
+    return _world_box(v, *_local_box(v))
+
+
+def _vertebra_sdf(v: _Vertebra, grid: _Grid):
+    """Signed distance [mm] to the bone of one vertebra (canal carved out) on the grid window
+    around it; each primitive is evaluated only inside its own box. Returns (slices, sdf) or None."""
+    lo, hi = _local_box(v)
+    win = grid.window(*_world_box(v, lo, hi))
+    if win is None:
+        return None
+    sl = win[0]
+    sdf = np.full(tuple(s.stop - s.start for s in sl), np.inf, dtype=np.float32)
+    for part in _bone_parts(v):
+        sub = _part_window(v, part, grid, sl)
+        if sub is not None:
+            rel, (u, vv, w) = sub
+            np.minimum(sdf[rel], part.sdf(u, vv, w), out=sdf[rel])
+    sub = _part_window(v, _canal_part(v, lo, hi), grid, sl)
+    if sub is not None:
+        rel, (u, vv, w) = sub
+        np.maximum(sdf[rel], -_canal_sdf(v, u, vv), out=sdf[rel])
+    return sl, sdf
+
+
+def _part_window(v: _Vertebra, part: _Part, grid: _Grid, outer: tuple[slice, ...]):
+    """Local coordinates of the voxels of ``part``'s box, and their slices relative to ``outer``."""
+    win = grid.window(*_world_box(v, part.lo, part.hi))
+    if win is None:
+        return None
+    sl, x, y, z = win
+    rel = []
+    for s, o in zip(sl, outer):
+        a, b = max(s.start, o.start), min(s.stop, o.stop)
+        if b <= a:
+            return None
+        rel.append((slice(a - o.start, b - o.start), slice(a - s.start, b - s.start)))
+    x, y, z = x[rel[0][1]], y[:, rel[1][1]], z[:, :, rel[2][1]]
+    return tuple(r[0] for r in rel), v.to_local(x, y, z)
 
 
 # --------------------------------------------------------------------------------------------
@@ -821,8 +907,9 @@ def _ellipsoid(vol: _Volume, center, radii, rot: np.ndarray | None = None):
     if win is None:
         return None
     sl, x, y, z = win
-    d = (x - center[0], y - center[1], z - center[2])
-    q = sum(((d[0] * rot[0, c] + d[1] * rot[1, c] + d[2] * rot[2, c]) / radii[c]) ** 2 for c in range(3))
+    c, r = [float(a) for a in center], [[float(a) for a in row] for row in rot]
+    d = (x - c[0], y - c[1], z - c[2])
+    q = sum(((d[0] * r[0][k] + d[1] * r[1][k] + d[2] * r[2][k]) / float(radii[k])) ** 2 for k in range(3))
     return sl, x, y, z, q <= 1.0
 
 
@@ -926,7 +1013,8 @@ def _paint_autochthon(vol: _Volume, layout: _Layout) -> None:
     of a midline ligament."""
     torso = layout.torso
     half_w = 62.0 * layout.params.size
-    win = vol.grid.window((torso.cx - half_w - 4, float(layout.canal_y.min()) - 10, -1e9), (torso.cx + half_w + 4, 1e9, 1e9))
+    lo = (torso.cx - half_w - 4.0, float(layout.canal_y.min()) - 10.0, -1e9)
+    win = vol.grid.window(lo, (torso.cx + half_w + 4.0, 1e9, 1e9))
     if win is None:
         return
     sl, x, y, z = win
@@ -962,32 +1050,25 @@ def _paint_disc(vol: _Volume, center, axis, half, a, b) -> None:
     if win is None:
         return
     sl, x, y, z = win
-    dx, dy, dz = x - center[0], y - center[1], z - center[2]
-    w = dx * axis[0] + dy * axis[1] + dz * axis[2]
-    post = np.array([0.0, axis[2], -axis[1]])  # posterior direction orthogonal to the axis
-    v = dx * post[0] + dy * post[1] + dz * post[2]
+    c, ax = [float(a) for a in center], [float(a) for a in axis]
+    dx, dy, dz = x - c[0], y - c[1], z - c[2]
+    w = dx * ax[0] + dy * ax[1] + dz * ax[2]
+    v = dy * ax[2] - dz * ax[1]  # along the posterior direction orthogonal to the axis
     u = dx
     mask = (_sd_ellipse(u, v, a, b) <= 0) & (v <= 0.72 * b) & (np.abs(w) <= half)
     vol.paint(sl, mask, TISSUE_HU["disc"])
 
 
-def _vertebra_window(vol: _Volume, v: _Vertebra):
-    lo, hi = _vertebra_box(v)
-    win = vol.grid.window(lo, hi)
-    if win is None:
-        return None
-    sl, x, y, z = win
-    return sl, v.to_local(x, y, z)
-
-
 def _paint_canal(vol: _Volume, v: _Vertebra) -> None:
     """Epidural fat filling the canal over the vertebra's height and half the discs."""
-    win = _vertebra_window(vol, v)
+    reach = v.body_h / 2 + 6.0
+    part = _canal_part(v, np.array([0.0, 0.0, -reach]), np.array([0.0, 0.0, reach]))
+    win = vol.grid.window(*_world_box(v, part.lo, part.hi))
     if win is None:
         return
-    sl, (u, vv, w) = win
-    mask = (_canal_sdf(v, u, vv) <= 0) & (np.abs(w) <= v.body_h / 2 + 6.0)
-    vol.paint(sl, mask, TISSUE_HU["epidural_fat"])
+    sl, x, y, z = win
+    u, vv, w = v.to_local(x, y, z)
+    vol.paint(sl, (_canal_sdf(v, u, vv) <= 0) & (np.abs(w) <= reach), TISSUE_HU["epidural_fat"])
 
 
 def _paint_dural_sac(vol: _Volume, layout: _Layout) -> None:
@@ -1016,11 +1097,10 @@ def _paint_dural_sac(vol: _Volume, layout: _Layout) -> None:
 
 def _paint_bone(vol: _Volume, v: _Vertebra) -> None:
     """Cortical shell and cancellous interior of one vertebra."""
-    win = _vertebra_window(vol, v)
-    if win is None:
+    hit = _vertebra_sdf(v, vol.grid)
+    if hit is None:
         return
-    sl, (u, vv, w) = win
-    sdf, _ = _vertebra_sdf(v, u, vv, w)
+    sl, sdf = hit
     cortex = max(CORTEX_MM, vol.grid.spacing)
     hu = np.where(sdf > -cortex, TISSUE_HU["cortical_bone"], round(v.bone_hu)).astype(np.int16)
     vol.paint(sl, sdf <= 0, hu, v.label)
