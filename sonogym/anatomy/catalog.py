@@ -109,7 +109,3 @@ def _anatomy_code_hash() -> str:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
-
-def ensure_fetched(names: list[str] | None = None) -> list[Path]:
-    """Fetch the named catalog patients (default: all real CTs); returns their folders."""
-    return [fetch(name) for name in (names or list(SOURCES))]
