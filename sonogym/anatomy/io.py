@@ -148,6 +148,19 @@ def label_array(array: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     return array.astype(np.uint8, copy=False)
 
 
+def spacing_array(spacing_m) -> np.ndarray:
+    """Voxel size [m] as a float64 array of shape (3,) from a float or a triple, checked."""
+    spacing = np.broadcast_to(np.asarray(spacing_m, dtype=np.float64), (3,)).copy()
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise DataError(f"voxel spacing must be positive and finite, got {spacing.tolist()} m.")
+    if np.any(spacing > 0.05):
+        raise DataError(
+            f"voxel spacing {spacing.tolist()} m is invalid: larger than 5 cm. Spacing is in metres "
+            "(divide a spacing in millimetres by 1000)."
+        )
+    return spacing
+
+
 def read_ct_and_labels(ct_path: str | os.PathLike, labels_path: str | os.PathLike) -> tuple[Volume, Volume]:
     """Read a CT [HU] and its label map, check they share one grid, and return both in LPS.
 

@@ -75,6 +75,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from sonogym.anatomy.io import spacing_array
 from sonogym.anatomy.labels import VERTEBRA_IDS, is_screw_level, vertebra_name
 from sonogym.errors import DataError
 
@@ -153,7 +154,7 @@ def find_vertebrae(labels: np.ndarray, spacing_m, *, min_voxels: int = 200) -> l
         raise DataError(f"label volume must be 3-D [X, Y, Z], got shape {labels.shape}.")
     if labels.dtype.kind not in "iu":
         raise DataError(f"label volume must hold integer ids, got dtype {labels.dtype}; pass the label map, not the CT.")
-    spacing = _spacing(spacing_m)
+    spacing = spacing_array(spacing_m)
     shape = np.array(labels.shape)
     boxes = ndimage.find_objects(labels, max_label=max(VERTEBRA_IDS))
 
@@ -214,18 +215,6 @@ def convergence_deg(vertebra: Vertebra, screw: ScrewTrajectory) -> float:
 
 # --------------------------------------------------------------------------------------------
 # helpers: input, components, spine curve
-
-
-def _spacing(spacing_m) -> np.ndarray:
-    spacing = np.broadcast_to(np.asarray(spacing_m, dtype=np.float64), (3,)).copy()
-    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-        raise DataError(f"voxel spacing must be positive and finite, got {spacing.tolist()} m.")
-    if np.any(spacing > 0.05):
-        raise DataError(
-            f"voxel spacing {spacing.tolist()} is larger than 5 cm: spacing is in metres "
-            "(divide a spacing in millimetres by 1000)."
-        )
-    return spacing
 
 
 def _main_parts(mask: np.ndarray) -> np.ndarray:
@@ -602,7 +591,7 @@ def plot_landmarks(labels, spacing_m, vertebrae, path, *, hu=None) -> None:
     from matplotlib.gridspec import GridSpec
 
     labels = np.asarray(labels)
-    spacing = _spacing(spacing_m)
+    spacing = spacing_array(spacing_m)
     vert_ids = np.array(VERTEBRA_IDS)
     is_vert = np.isin(labels, vert_ids)
     vlab = np.where(is_vert, labels, 0).astype(np.uint8)

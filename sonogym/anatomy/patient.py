@@ -358,7 +358,7 @@ class Patient:
 
 def _check_arrays(hu, labels, spacing_m) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validate array inputs of :meth:`Patient.from_arrays`."""
-    from sonogym.anatomy.io import label_array
+    from sonogym.anatomy.io import label_array, spacing_array
 
     hu = np.asarray(hu)
     labels = np.asarray(labels)
@@ -370,10 +370,7 @@ def _check_arrays(hu, labels, spacing_m) -> tuple[np.ndarray, np.ndarray, np.nda
         raise DataError(f"hu has dtype {hu.dtype}; expected numbers in Hounsfield units.")
     if hu.dtype.kind == "f" and not np.all(np.isfinite(hu)):
         raise DataError("hu holds NaN or infinite values; replace them (e.g. with -1000 HU, air) first.")
-    spacing = np.broadcast_to(np.asarray(spacing_m, dtype=np.float64), (3,)).copy()
-    if np.any(~np.isfinite(spacing)) or np.any(spacing <= 0) or np.any(spacing > 0.05):
-        raise DataError(f"spacing {spacing.tolist()} m is invalid; give positive voxel sizes in metres (1 mm = 1e-3).")
-    return hu, label_array(labels, "labels array"), spacing
+    return hu, label_array(labels, "labels array"), spacing_array(spacing_m)
 
 
 def _crop_box(mask: np.ndarray, spacing: np.ndarray, margin_m: float) -> tuple[slice, slice, slice]:
