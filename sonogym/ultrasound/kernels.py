@@ -106,6 +106,20 @@ def mixed_cell_class(classes: wp.array(dtype=wp.uint8), off: int, dims: wp.vec3i
 
 
 @wp.func
+def contact_class(classes: wp.array(dtype=wp.uint8), off: int, dims: wp.vec3i, u: wp.vec3, air: int) -> int:
+    """Class at voxel coordinate u, by the same rule as the march (uniform cell or majority)."""
+    i = int(wp.floor(u[0]))
+    j = int(wp.floor(u[1]))
+    k = int(wp.floor(u[2]))
+    c = int(-1)
+    if i >= 0 and j >= 0 and k >= 0 and i < dims[0] - 1 and j < dims[1] - 1 and k < dims[2] - 1:
+        c = int(classes[off + (i * dims[1] + j) * dims[2] + k])
+    if c < 0 or c >= 128:
+        c = mixed_cell_class(classes, off, dims, u, air)
+    return c
+
+
+@wp.func
 def class_gradient(classes: wp.array(dtype=wp.uint8), off: int, dims: wp.vec3i, u: wp.vec3, cls: int, air: int) -> wp.vec3:
     """Gradient (voxel units) of the trilinear indicator of class ``cls`` inside u's cell."""
     fx = wp.floor(u[0])
@@ -224,17 +238,20 @@ def march_lines(
     seed_hash: wp.uint32,
     half_specular_exponent: float,
     env0: int,
+    scratch_env0: int,
     iq: wp.array(dtype=wp.vec2),
     iq_axial: wp.array(dtype=wp.vec2),
 ):
     """One thread per (env, line): echoes along the line into ``iq`` [N, L, S + 2 PSF_RADIUS]
     (line-major, zero margins), then the axial PSF into ``iq_axial`` [N, S, L + 2 PSF_RADIUS]
-    (row-major with zero margins, for the lateral pass)."""
+    (row-major with zero margins, for the lateral pass). Both are scratch buffers whose env slot is
+    ``e - scratch_env0`` (the CPU path renders one env at a time per thread through a 1-env scratch)."""
     tid = wp.tid()
     num_lines = line_origin.shape[0]
     e = env0 + tid // num_lines
     line = tid - (tid // num_lines) * num_lines
-    base = (e * num_lines + line) * (num_samples + 2 * PSF_RADIUS) + PSF_RADIUS
+    slot = e - scratch_env0  # env's place in the scratch buffers
+    base = (slot * num_lines + line) * (num_samples + 2 * PSF_RADIUS) + PSF_RADIUS
     p = patient[e]
     off = offsets[p]
     dim = dims[p]
@@ -245,6 +262,13 @@ def march_lines(
     y_axis = wp.vec3(rot[0, 1], rot[1, 1], rot[2, 1])
     planes = elevation.shape[0]
     plane_weight = 1.0 / float(planes)
+    # Gel fills small air gaps only when the face touches tissue somewhere (first, middle or last line).
+    gel_depth = int(0)
+    for corner in range(3):
+        probe_line = wp.where(corner == 0, 0, wp.where(corner == 1, num_lines // 2, num_lines - 1))
+        face = position + rot * (line_origin[probe_line] + line_dir[probe_line] * (0.5 * sample_step))
+        if contact_class(classes, off, dim, face * inv_spacing, air) != air:
+            gel_depth = gel_samples
     for plane in range(planes):
         start = position + rot * line_origin[line] + y_axis * elevation[plane]
         prev_class = gel
@@ -267,7 +291,7 @@ def march_lines(
                 c = int(classes[off + (i * dim[1] + j) * dim[2] + k])
             if c < 0 or c >= 128:
                 c = mixed_cell_class(classes, off, dim, u, air)
-            if c == air and prev_class == gel and s < gel_samples:
+            if c == air and prev_class == gel and s < gel_depth:
                 c = gel  # an air gap thinner than the gel layer is filled with coupling gel
             value = wp.vec2(0.0, 0.0)
             before = transmission
@@ -308,7 +332,7 @@ def march_lines(
                 break
     # Axial PSF along the line (the zero margins stand for "outside"), written transposed.
     row_stride = num_lines + 2 * PSF_RADIUS
-    out = e * num_samples * row_stride + PSF_RADIUS + line
+    out = slot * num_samples * row_stride + PSF_RADIUS + line
     for s in range(num_samples):
         acc = wp.vec2(0.0, 0.0)
         for a in range(PSF_TAPS):
@@ -336,17 +360,21 @@ def lateral_psf_envelope(
     gain_db: float,
     dynamic_range_db: float,
     env0: int,
+    scratch_env0: int,
     envelope: wp.array(dtype=float),
     images: wp.array(dtype=float),
 ):
     """One thread per (env, sample row): lateral PSF across lines and the envelope. Linear probes:
     TGC, noise floor and log compression into ``envelope`` and ``images`` [N * S * L]. Convex: the
-    raw polar envelope into ``envelope`` [N * S * L]."""
+    raw polar envelope into the scratch ``envelope`` [slots * S * L] (slot ``e - scratch_env0``)."""
     tid = wp.tid()
     e = env0 + tid // num_samples
     s = tid - (tid // num_samples) * num_samples
+    slot = e - scratch_env0
     row = (e * num_samples + s) * num_lines
-    padded_row = (e * num_samples + s) * (num_lines + 2 * PSF_RADIUS)
+    if is_linear == 0:
+        row = (slot * num_samples + s) * num_lines
+    padded_row = (slot * num_samples + s) * (num_lines + 2 * PSF_RADIUS)
     tgc = float(1.0)
     if is_linear == 1:
         tgc = wp.exp(tgc_db_per_m * (float(s) + 0.5) * sample_step / DB_PER_NEPER)
@@ -365,56 +393,46 @@ def lateral_psf_envelope(
 
 @wp.kernel
 def scan_convert(
-    polar: wp.array3d(dtype=float),  # [N, S, L]
-    x_min: float,
-    z_min: float,
-    pixel_x: float,
-    pixel_z: float,
-    radius: float,
-    fov: float,
-    sample_step: float,
-    tgc_db_per_m: float,
+    polar: wp.array(dtype=float),
+    source: wp.array(dtype=wp.int32),
+    weights: wp.array(dtype=wp.vec2),
+    depth_gain: wp.array(dtype=float),
+    num_lines: int,
+    num_samples: int,
+    width: int,
     noise_floor: float,
     gain_db: float,
     dynamic_range_db: float,
     env0: int,
-    envelope: wp.array3d(dtype=float),
-    images: wp.array3d(dtype=float),
+    scratch_env0: int,
+    envelope: wp.array(dtype=float),
+    images: wp.array(dtype=float),
 ):
-    """Convex probes: polar envelope [N, S, L] -> Cartesian envelope and image [N, H, W]."""
+    """Convex probes, one thread per (env, image row): bilinear interpolation of the polar envelope
+    (scratch [slots * S * L]) at each pixel's precomputed (sample, line) cell ``source`` (-1 outside
+    the sector) with weights (line, sample), TGC ``depth_gain``, noise floor, log compression."""
     tid = wp.tid()
-    height = images.shape[1]
-    width = images.shape[2]
-    per_env = height * width
-    e = env0 + tid // per_env
-    rem = tid - (tid // per_env) * per_env
-    i = rem // width
-    j = rem - i * width
-    num_samples = polar.shape[1]
-    num_lines = polar.shape[2]
-    x = x_min + (float(j) + 0.5) * pixel_x
-    zr = z_min + (float(i) + 0.5) * pixel_z + radius
-    rho = wp.sqrt(x * x + zr * zr) - radius
-    theta = wp.atan2(x, zr)
-    lf = (theta + 0.5 * fov) / (fov / float(num_lines)) - 0.5
-    sf = rho / sample_step - 0.5
-    env = float(0.0)
-    value = float(0.0)
-    if lf >= -0.5 and lf <= float(num_lines) - 0.5 and sf >= -0.5 and sf <= float(num_samples) - 0.5:
-        lc = wp.clamp(lf, 0.0, float(num_lines - 1))
-        sc = wp.clamp(sf, 0.0, float(num_samples - 1))
-        l0 = wp.min(int(lc), num_lines - 2)
-        s0 = wp.min(int(sc), num_samples - 2)
-        tl = lc - float(l0)
-        ts = sc - float(s0)
-        top = polar[e, s0, l0] * (1.0 - tl) + polar[e, s0, l0 + 1] * tl
-        bottom = polar[e, s0 + 1, l0] * (1.0 - tl) + polar[e, s0 + 1, l0 + 1] * tl
-        env = top * (1.0 - ts) + bottom * ts
-        env = env * wp.exp(tgc_db_per_m * wp.max(rho, 0.0) / DB_PER_NEPER)
-        env = wp.sqrt(env * env + noise_floor * noise_floor)
-        value = display(env, gain_db, dynamic_range_db)
-    envelope[e, i, j] = env
-    images[e, i, j] = value
+    height = source.shape[0] // width
+    e = env0 + tid // height
+    i = tid - (tid // height) * height
+    polar_base = (e - scratch_env0) * num_samples * num_lines
+    for j in range(width):
+        pixel = i * width + j
+        out = e * height * width + pixel
+        src = source[pixel]
+        env = float(0.0)
+        value = float(0.0)
+        if src >= 0:
+            w = weights[pixel]
+            k = polar_base + src
+            top = polar[k] * (1.0 - w[0]) + polar[k + 1] * w[0]
+            bottom = polar[k + num_lines] * (1.0 - w[0]) + polar[k + num_lines + 1] * w[0]
+            env = (top * (1.0 - w[1]) + bottom * w[1]) * depth_gain[pixel]
+            if noise_floor > 0.0:
+                env = wp.sqrt(env * env + noise_floor * noise_floor)
+            value = display(env, gain_db, dynamic_range_db)
+        envelope[out] = env
+        images[out] = value
 
 
 @wp.kernel

@@ -65,9 +65,11 @@ class UltrasoundModel:
         speckle_cell_m: lattice spacing of the scatterer field in the patient frame [m].
         coupling_impedance_mrayl: impedance of the probe lens and gel at the face [MRayl]; air at the
             face reflects almost everything back, so an uncoupled probe sees nothing.
-        gel_m: thickness of the coupling-gel layer [m]: air between the face and the skin up to this
-            depth counts as gel (impedance ``coupling_impedance_mrayl``, no attenuation, no echo), as
-            when a sonographer fills a small gap with gel; deeper air gaps leave the image black.
+        gel_m: thickness of the coupling-gel layer [m]: when the face touches tissue somewhere (at its
+            first, middle or last scan line), air between the face and the skin up to this depth counts
+            as gel (impedance ``coupling_impedance_mrayl``, no attenuation, no echo), as when a
+            sonographer fills the furrow over the spine with gel. A probe held off the skin gets no
+            gel and sees nothing; deeper gaps leave black columns.
         noise_floor_db: electronic noise floor relative to full scale [dB], added in quadrature to the
             envelope; None for none.
         seed: selects the scatterer pattern (the same seed and pose give the same image).
@@ -80,7 +82,7 @@ class UltrasoundModel:
     specular_exponent: float = 2.0
     speckle_cell_m: float = 0.4e-3
     coupling_impedance_mrayl: float = 1.54
-    gel_m: float = 2e-3
+    gel_m: float = 8e-3
     noise_floor_db: float | None = None
     seed: int = 0
 

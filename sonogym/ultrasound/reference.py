@@ -141,8 +141,18 @@ def echo_lines(packed, volume, tables, probe, model, pose, patient_idx) -> torch
     corners = corner_classes(packed, volume, pid, base, tables.air_class)  # [N, E, L, S, 8]
     cls = majority_class(corners, corner_weights(frac))  # [N, E, L, S]
 
-    # Air in the first samples, before any tissue, is coupling gel.
+    # Air in the first samples, before any tissue, is coupling gel if the face touches tissue at its
+    # first, middle or last line.
     gel_samples = int(math.ceil(model.gel_m / probe.sample_step_m - 0.5))
+    ends = torch.tensor([0, probe.num_lines // 2, probe.num_lines - 1])
+    face = pose[:, None, :3] + torch.einsum("nij,kj->nki", rot, origins[ends] + directions[ends] * (0.5 * probe.sample_step_m))
+    u_face = face * inv_spacing.view(n, 1, 1)
+    face_cls = majority_class(
+        corner_classes(packed, volume, patient_idx.view(n, 1).expand(n, 3), torch.floor(u_face).long(), tables.air_class),
+        corner_weights(u_face - torch.floor(u_face)),
+    )
+    contact = (face_cls != tables.air_class).any(-1).view(n, 1, 1, 1)
+    gel_samples = torch.where(contact, gel_samples, 0)
     leading_air = torch.cumprod((cls == tables.air_class).long(), dim=-1).bool()
     cls = torch.where(leading_air & (torch.arange(num_samples) < gel_samples), torch.full_like(cls, tables.gel_class), cls)
 
@@ -231,8 +241,13 @@ def render_reference(
     return torch.cat(images), torch.cat(envelopes)
 
 
-def scan_convert(polar: torch.Tensor, probe: ProbeConvex, tgc_db_per_m: float, floor: float) -> torch.Tensor:
-    """Polar envelope [n, S, L] -> Cartesian envelope [n, H, W] with TGC and noise floor; 0 outside the sector."""
+def scan_conversion_map(probe: ProbeConvex, tgc_db_per_m: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each Cartesian pixel of a convex image reads the polar grid [S, L].
+
+    Returns (source int32 [H * W]: flat index s0 * L + l0 of the bilinear cell's first corner, -1
+    outside the sector; weights float32 [H * W, 2]: (line, sample) fractions; gain float32 [H * W]:
+    TGC at the pixel's depth along its line).
+    """
     x0, _, z0, _ = probe.image_extent()
     pixel_z, pixel_x = probe.pixel_size_m()
     height, width = probe.image_size
@@ -249,9 +264,23 @@ def scan_convert(polar: torch.Tensor, probe: ProbeConvex, tgc_db_per_m: float, f
     sc = sf.clamp(0, num_samples - 1)
     l0 = lc.long().clamp(max=num_lines - 2)
     s0 = sc.long().clamp(max=num_samples - 2)
-    tl, ts = lc - l0, sc - s0
-    top = polar[:, s0, l0] * (1 - tl) + polar[:, s0, l0 + 1] * tl
-    bottom = polar[:, s0 + 1, l0] * (1 - tl) + polar[:, s0 + 1, l0 + 1] * tl
-    env = (top * (1 - ts) + bottom * ts) * torch.exp(tgc_db_per_m * rho.clamp_min(0) / (20 / math.log(10)))
+    source = torch.where(inside, s0 * num_lines + l0, torch.full_like(l0, -1)).to(torch.int32)
+    weights = torch.stack([lc - l0, sc - s0], -1)
+    gain = torch.exp(tgc_db_per_m * rho.clamp_min(0) / (20 / math.log(10)))
+    return source.flatten(), weights.reshape(-1, 2), gain.flatten()
+
+
+def scan_convert(polar: torch.Tensor, probe: ProbeConvex, tgc_db_per_m: float, floor: float) -> torch.Tensor:
+    """Polar envelope [n, S, L] -> Cartesian envelope [n, H, W] with TGC and noise floor; 0 outside the sector."""
+    source, weights, gain = scan_conversion_map(probe, tgc_db_per_m)
+    inside = source >= 0
+    k = source.clamp_min(0).long()
+    flat = polar.flatten(1)  # [n, S * L]
+    num_lines = probe.num_lines
+    tl, ts = weights[:, 0], weights[:, 1]
+    top = flat[:, k] * (1 - tl) + flat[:, k + 1] * tl
+    bottom = flat[:, k + num_lines] * (1 - tl) + flat[:, k + num_lines + 1] * tl
+    env = (top * (1 - ts) + bottom * ts) * gain
     env = torch.sqrt(env * env + floor * floor)
-    return torch.where(inside, env, torch.zeros_like(env))
+    env = torch.where(inside, env, torch.zeros_like(env))
+    return env.view(polar.shape[0], *probe.image_size)

@@ -171,38 +171,29 @@ class UltrasoundSensor:
         self._w_axial = vec9f(*self.psf_axial.tolist())
         self._w_lateral = vec9f(*self.psf_lateral.tolist())
 
-        # Per-env buffers, owned by torch and viewed by Warp (zero-copy).
+        # Per-env outputs, owned by torch and viewed by Warp (zero-copy).
         self._pose = torch.zeros(n, 7, device=dev)
         self._pose[:, 3] = 1.0
         self._patient = torch.zeros(n, dtype=torch.int32, device=dev)
-        # Echo signal with zero margins of PSF_RADIUS around each line / row (the PSF's "outside").
-        pad = 2 * model_mod.PSF_RADIUS
-        self._iq = torch.zeros(n, num_lines, num_samples + pad, 2, device=dev)
-        self._iq_axial = torch.zeros(n, num_samples, num_lines + pad, 2, device=dev)  # axial PSF applied, row-major
         height, width = self.image_size
         self.images = torch.zeros(n, height, width, device=dev)
         self.envelope = torch.zeros(n, height, width, device=dev)
-        self._polar = None if self.is_linear else torch.zeros(n, num_samples, num_lines, device=dev)
         self.labels = torch.zeros(n, height, width, dtype=torch.uint8, device=dev) if label_slices else None
-        self._w = {
-            "pose": wp.from_torch(self._pose),
-            "patient": wp.from_torch(self._patient),
-            "iq": wp.from_torch(self._iq.view(-1, 2), dtype=wp.vec2),
-            "iq_axial": wp.from_torch(self._iq_axial.view(-1, 2), dtype=wp.vec2),
-            "images": wp.from_torch(self.images),
-            "envelope": wp.from_torch(self.envelope),
-            "polar": None if self.is_linear else wp.from_torch(self._polar),
-            "images_flat": wp.from_torch(self.images.view(-1)),
-            "envelope_flat": wp.from_torch(self.envelope.view(-1)),
-            "polar_flat": None if self.is_linear else wp.from_torch(self._polar.view(-1)),
-            "labels": None if self.labels is None else wp.from_torch(self.labels),
-        }
         if label_slices:
             pixels = probe.pixel_positions()
             inside = np.isfinite(pixels[..., 0])
             self._pixels = wpa(np.nan_to_num(pixels).astype(np.float32), wp.vec3)
             self._inside = wpa(inside.astype(np.uint8), wp.uint8)
+        if not self.is_linear:
+            from sonogym.ultrasound.reference import scan_conversion_map
 
+            source, weights, gain = scan_conversion_map(probe, self.model.tgc_db_per_m(probe.frequency_mhz))
+            self._sc_source = wpa(source.numpy(), wp.int32)
+            self._sc_weights = wpa(weights.numpy(), wp.vec2)
+            self._sc_gain = wpa(gain.numpy(), wp.float32)
+
+        # Chunks of envs: on the CPU each chunk is rendered by one thread, one env at a time, through
+        # a scratch buffer of one env (it stays in cache); on CUDA one launch covers all envs.
         if self.device.type == "cpu":
             usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             threads = num_threads or usable
@@ -213,70 +204,96 @@ class UltrasoundSensor:
             threads = 1
         bounds = np.linspace(0, n, threads + 1).round().astype(int)
         self._chunks = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        scratch_envs = 1 if self.device.type == "cpu" else n
+        pad = 2 * model_mod.PSF_RADIUS
+        self._scratch = []
+        for _ in self._chunks:
+            buffers = {
+                "iq": torch.zeros(scratch_envs, num_lines, num_samples + pad, 2, device=dev),  # echoes, zero margins
+                "iq_axial": torch.zeros(scratch_envs, num_samples, num_lines + pad, 2, device=dev),  # axial PSF applied
+                "polar": None if self.is_linear else torch.zeros(scratch_envs, num_samples, num_lines, device=dev),
+            }
+            self._scratch.append(buffers)
+        self._w = {
+            "pose": wp.from_torch(self._pose),
+            "patient": wp.from_torch(self._patient),
+            "images": wp.from_torch(self.images.view(-1)),
+            "envelope": wp.from_torch(self.envelope.view(-1)),
+            "labels": None if self.labels is None else wp.from_torch(self.labels),
+        }
         self._pool: ThreadPoolExecutor | None = None
-        self._launches = [self._record_launches(a, b) for a, b in self._chunks]
+        self._launches = [self._record_launches(i) for i in range(len(self._chunks))]
 
     # ------------------------------------------------------------------------------------------
-    def _record_launches(self, env0: int, env1: int) -> list:
-        """Launch objects for envs [env0, env1), recorded once and replayed by every update."""
+    def _record_launches(self, chunk: int) -> list:
+        """Launch objects for one chunk of envs, recorded once and replayed by every update."""
         wp = self._wp
         probe, model, w = self.probe, self.model, self._w
-        count = env1 - env0
+        env0, env1 = self._chunks[chunk]
+        scratch = {k: None if v is None else wp.from_torch(v.view(-1, 2) if k.startswith("iq") else v.view(-1), dtype=wp.vec2 if k.startswith("iq") else None)
+                   for k, v in self._scratch[chunk].items()}
         num_lines, num_samples = int(probe.num_lines), int(probe.num_samples)
         height, width = self.image_size
         seed_hash = wp.uint32((int(model.seed) * model_mod.HASH_SEED) & 0xFFFFFFFF)
         tgc = model.tgc_db_per_m(probe.frequency_mhz)
         floor = model.noise_floor_amplitude()
-        common = dict(device=self._wp_device, record_cmd=True)
-        launches = [
-            wp.launch(
-                self._kernels().march_lines,
-                dim=count * num_lines,
-                inputs=[
-                    self._classes, self._offsets, self._dims, self._spacing,
-                    self._impedance, self._attenuation, self._scatter, self._threshold,
-                    int(self.tables.air_class), int(self.tables.gel_class),
-                    w["pose"], w["patient"], self._line_origin, self._line_dir, self._elevation, self._w_axial,
-                    num_samples, float(probe.sample_step_m), gel_samples_count(model, probe),
-                    float(1.0 / model.speckle_cell_m), seed_hash, float(model.specular_exponent / 2.0), env0,
-                ],
-                outputs=[w["iq"], w["iq_axial"]],
-                **common,
-            ),
-            wp.launch(
-                self._kernels().lateral_psf_envelope, dim=count * num_samples,
-                inputs=[
-                    w["iq_axial"], self._w_lateral, num_lines, num_samples, int(self.is_linear),
-                    float(probe.sample_step_m), float(tgc), float(floor), float(model.gain_db),
-                    float(model.dynamic_range_db), env0,
-                ],
-                outputs=[w["envelope_flat"] if self.is_linear else w["polar_flat"], w["images_flat"]],
-                **common,
-            ),
-        ]
-        if not self.is_linear:
-            x0, _, z0, _ = probe.image_extent()
-            pixel_z, pixel_x = probe.pixel_size_m()
+        kernels = self._kernels()
+        per_env = self.device.type == "cpu"
+        launches = []
+        groups = [(e, e + 1) for e in range(env0, env1)] if per_env else [(env0, env1)]
+        for first, last in groups:
+            count = last - first
+            scratch_env0 = first if per_env else 0
+            common = dict(device=self._wp_device, record_cmd=True)
             launches.append(
                 wp.launch(
-                    self._kernels().scan_convert, dim=count * height * width,
+                    kernels.march_lines,
+                    dim=count * num_lines,
                     inputs=[
-                        w["polar"], float(x0), float(z0), float(pixel_x), float(pixel_z), float(probe.radius_m),
-                        float(probe.fov_rad), float(probe.sample_step_m), float(tgc), float(floor),
-                        float(model.gain_db), float(model.dynamic_range_db), env0,
+                        self._classes, self._offsets, self._dims, self._spacing,
+                        self._impedance, self._attenuation, self._scatter, self._threshold,
+                        int(self.tables.air_class), int(self.tables.gel_class),
+                        w["pose"], w["patient"], self._line_origin, self._line_dir, self._elevation, self._w_axial,
+                        num_samples, float(probe.sample_step_m), gel_samples_count(model, probe),
+                        float(1.0 / model.speckle_cell_m), seed_hash, float(model.specular_exponent / 2.0),
+                        first, scratch_env0,
                     ],
-                    outputs=[w["envelope"], w["images"]],
+                    outputs=[scratch["iq"], scratch["iq_axial"]],
                     **common,
                 )
             )
+            launches.append(
+                wp.launch(
+                    kernels.lateral_psf_envelope, dim=count * num_samples,
+                    inputs=[
+                        scratch["iq_axial"], self._w_lateral, num_lines, num_samples, int(self.is_linear),
+                        float(probe.sample_step_m), float(tgc), float(floor), float(model.gain_db),
+                        float(model.dynamic_range_db), first, scratch_env0,
+                    ],
+                    outputs=[w["envelope"] if self.is_linear else scratch["polar"], w["images"]],
+                    **common,
+                )
+            )
+            if not self.is_linear:
+                launches.append(
+                    wp.launch(
+                        kernels.scan_convert, dim=count * height,
+                        inputs=[
+                            scratch["polar"], self._sc_source, self._sc_weights, self._sc_gain, num_lines, num_samples,
+                            width, float(floor), float(model.gain_db), float(model.dynamic_range_db), first, scratch_env0,
+                        ],
+                        outputs=[w["envelope"], w["images"]],
+                        **common,
+                    )
+                )
         if self.labels is not None:
             launches.append(
                 wp.launch(
-                    self._kernels().label_slice, dim=count * height * width,
+                    kernels.label_slice, dim=(env1 - env0) * height * width,
                     inputs=[self._labels_vol, self._offsets, self._dims, self._spacing, w["pose"], w["patient"],
                             self._pixels, self._inside, env0],
                     outputs=[w["labels"]],
-                    **common,
+                    device=self._wp_device, record_cmd=True,
                 )
             )
         return launches
@@ -336,8 +353,9 @@ class UltrasoundSensor:
 
     @property
     def memory_bytes(self) -> dict[str, int]:
-        """Device memory held: ``patients`` (packed volumes + tables) and ``per_env`` (image buffers)."""
-        per_env_tensors = [self._pose, self._patient, self._iq, self._iq_axial, self.images, self.envelope]
-        per_env_tensors += [t for t in (self._polar, self.labels) if t is not None]
-        per_env = sum(t.numel() * t.element_size() for t in per_env_tensors) // self.num_envs
-        return {"patients": self.packed.nbytes, "per_env": int(per_env)}
+        """Memory held [bytes]: ``patients`` (packed volumes), ``per_env`` (pose and output images) and
+        ``scratch`` (working buffers: one env per CPU thread, or all envs on CUDA)."""
+        outputs = [self._pose, self._patient, self.images, self.envelope] + ([self.labels] if self.labels is not None else [])
+        scratch = [t for buffers in self._scratch for t in buffers.values() if t is not None]
+        nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+        return {"patients": self.packed.nbytes, "per_env": nbytes(outputs) // self.num_envs, "scratch": nbytes(scratch)}
