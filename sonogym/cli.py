@@ -6,6 +6,10 @@ Subcommands:
 * ``sonogym patients list``: the patient catalog.
 * ``sonogym patients show NAME [NAME ...]``: load (and cache) patients, print a summary and write a
   PNG overview (and a landmark close-up) per patient.
+* ``sonogym render PATIENT``: B-mode images of the ultrasound sensor on a patient: a PNG grid of
+  views with their label slices and a GIF sweep along the spine per probe.
+* ``sonogym bench ultrasound``: frames/s and memory of the B-mode sensor next to the torch
+  reference (table + JSON).
 
 Errors caused by input (a missing file, a corrupt volume, an unknown patient) are printed as one
 message without a traceback and exit with status 2.
@@ -70,6 +74,46 @@ def _cmd_patients_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_render(args: argparse.Namespace) -> int:
+    import re
+
+    import torch
+
+    from sonogym.anatomy.catalog import load_patient
+    from sonogym.ultrasound.render import render_patient
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        raise SonoGymError(f"--device {args.device!r} is not a device; use cpu, cuda or cuda:INDEX")
+    if args.device != "cpu" and not torch.cuda.is_available():
+        raise SonoGymError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
+    t = time.perf_counter()
+    patient = load_patient(args.patient, iso_spacing_m=args.spacing_mm * 1e-3, progress=True)
+    print(f"patient        {patient.name}: {'x'.join(map(str, patient.shape))} voxels at {args.spacing_mm:g} mm, "
+          f"vertebrae {', '.join(v.name for v in patient.vertebrae) or 'none'} (loaded in {time.perf_counter() - t:.1f} s)")
+    probes = ("linear", "convex") if args.probe == "both" else (args.probe,)
+    t = time.perf_counter()
+    render_patient(patient, Path(args.out), probes=probes, frames=args.frames, device=args.device, log=print)
+    print(f"total          {time.perf_counter() - t:.1f} s (rendering and writing)")
+    return 0
+
+
+def _cmd_bench_ultrasound(args: argparse.Namespace) -> int:
+    from sonogym.ultrasound.bench import run
+
+    if any(n < 1 for n in args.sizes):
+        raise SonoGymError(f"--sizes {args.sizes}: batch sizes must be positive")
+    run(args.patient, sizes=tuple(args.sizes), probes=tuple(args.probes), devices=args.devices, ref_frames=args.ref_frames,
+        min_seconds=args.seconds, spacing_mm=args.spacing_mm, out=args.out)
+    return 0
+
+
+def _frame_count(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text} is too few; give at least 2")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sonogym",
@@ -98,6 +142,37 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--spacing-mm", type=float, default=1.0, help="isotropic voxel size in mm (default: 1.0)")
     show.add_argument("--no-cache", action="store_true", help="process from scratch and do not write the cache")
     show.set_defaults(func=_cmd_patients_show)
+
+    render = sub.add_parser("render", help="render B-mode images of a patient: a PNG grid of views and GIF spine sweeps",
+                            description="Load the patient (cached) and write OUT/PATIENT_grid.png (B-mode images beside their "
+                                        "label slices at transverse, sagittal and tilted poses on the back over the spine, per "
+                                        "probe, at physical aspect) and OUT/PATIENT_sweep_PROBE.gif (a transverse sweep along the "
+                                        "spine, all frames rendered in one batched update). Prints the render time and frame rate.")
+    render.add_argument("patient", metavar="PATIENT", help="catalog name, e.g. ct-abdomen, ct-chest, phantom-0")
+    render.add_argument("--out", default="outputs/render", help="folder for the PNG and GIFs (default: outputs/render)")
+    render.add_argument("--spacing-mm", type=float, default=1.0, help="isotropic voxel size in mm (default: 1.0)")
+    render.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
+    render.add_argument("--probe", choices=("linear", "convex", "both"), default="both", help="probe preset(s) (default: both)")
+    render.add_argument("--frames", type=_frame_count, default=40, help="frames of the sweep GIF (default: 40)")
+    render.set_defaults(func=_cmd_render)
+
+    bench = sub.add_parser("bench", help="headless benchmarks (table + JSON)")
+    bench_sub = bench.add_subparsers(dest="what", required=True, metavar="WHAT")
+    us = bench_sub.add_parser(
+        "ultrasound", help="frames/s and memory of the B-mode sensor vs the torch reference",
+        description="Render batches of N probe poses on a real CT with both probe presets on the CPU (and CUDA when "
+                    "present), time them, run the torch reference on the same poses in the same process, and print "
+                    "a table; writes the results as JSON.",
+    )
+    us.add_argument("--patient", default="ct-abdomen", help="catalog patient (default: ct-abdomen)")
+    us.add_argument("--sizes", type=int, nargs="+", default=[1, 16, 64, 256], help="batch sizes N (default: 1 16 64 256)")
+    us.add_argument("--probes", nargs="+", choices=("linear", "convex"), default=["linear", "convex"])
+    us.add_argument("--devices", nargs="+", default=None, help="devices (default: cpu, and cuda when available)")
+    us.add_argument("--ref-frames", type=int, default=8, help="poses the torch reference renders (default: 8)")
+    us.add_argument("--seconds", type=float, default=1.0, help="minimum timing per row [s] (default: 1)")
+    us.add_argument("--spacing-mm", type=float, default=1.0, help="patient voxel size in mm (default: 1.0)")
+    us.add_argument("--out", default="outputs/bench/ultrasound.json", help="JSON file (default: outputs/bench/ultrasound.json)")
+    us.set_defaults(func=_cmd_bench_ultrasound)
     return parser
 
 

@@ -315,8 +315,8 @@ def march_lines(
                 step_attenuation = attenuation_step[c]
                 gain = scatter_gain[c]
                 threshold = density_threshold[c]
+            value = wp.vec2(echo * before * amplitude, 0.0)  # the interface echo, before this sample's attenuation
             amplitude = amplitude * step_attenuation
-            value = wp.vec2(echo * before * amplitude, 0.0)
             if gain > 0.0:
                 value = value + speckle(x * inv_cell, seed_hash, threshold) * (gain * transmission * amplitude)
             value = value * plane_weight

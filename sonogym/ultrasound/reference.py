@@ -185,7 +185,8 @@ def echo_lines(packed, volume, tables, probe, model, pose, patient_idx) -> torch
     scatter = speckle(q, int(model.seed), torch.as_tensor(tables.density_threshold)[cls])
     gain = torch.as_tensor(tables.scatter_gain)[cls]
     value = scatter * (gain * transmission_after * amplitude)[..., None]
-    value[..., 0] += echo * transmission_before * amplitude
+    amplitude_before = torch.cat([torch.ones_like(amplitude[..., :1]), amplitude[..., :-1]], -1)
+    value[..., 0] += echo * transmission_before * amplitude_before  # the interface echo, before this sample's attenuation
 
     # A line is cut off after the first sample whose round-trip amplitude is below DEAD_AMPLITUDE.
     alive = transmission_after * amplitude >= m.DEAD_AMPLITUDE

@@ -102,7 +102,7 @@ class UltrasoundSensor:
     Attributes (buffers, allocated once and overwritten by each :meth:`update`):
         images: float32 [N, H, W] in [0, 1], depth along H.
         envelope: float32 [N, H, W], envelope amplitude after TGC, before log compression
-            (1 = the echo of a perfect reflector at the face with TGC off).
+            (a perfect reflector at the face with TGC off gives 1 summed over the axial PSF).
         labels: uint8 [N, H, W] label slice, or None unless ``label_slices``.
     """
 
