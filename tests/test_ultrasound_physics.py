@@ -351,7 +351,7 @@ def test_speckle_moves_with_the_tissue(shipped) -> None:
     rows, cols = slice(25, 175), slice(20, 130)
     small_env, small_img, back, unshifted = [], [], [], []
     for b in range(len(bases)):
-        e0, e1, e2 = env[3 * b], env[3 * b + 1], env[3 * b + 2]
+        e0, e1 = env[3 * b], env[3 * b + 1]
         i0, i1, i2 = images[3 * b], images[3 * b + 1], images[3 * b + 2]
         small_env.append(corr(e0[rows, cols], e1[rows, cols]))
         small_img.append(corr(i0[rows, cols], i1[rows, cols]))

@@ -117,7 +117,6 @@ def run(
                 if progress:
                     r = rows[-1]
                     print(f"  {device:5s} {probe_name:7s} N={n:<5d} {r['ms_per_batch']:9.2f} ms  {r['fps']:9.0f} fps  rss {rss:7.0f} MiB", flush=True)
-                del sensor
     # The torch reference, on the same poses, in the same process (CPU).
     reference = {}
     for probe_name in probes:
